@@ -1,0 +1,4 @@
+"""Ingest and integration API routes."""
+
+
+urlpatterns: list = []
