@@ -70,16 +70,17 @@ def principal_for_token(raw: str) -> Principal:
     """Resolve a clear bearer token; raise AuthError(401) for an unknown or revoked one."""
     if not raw:
         raise AuthError(401, "empty bearer token")
-    token = (
-        ApiToken.objects.active().select_related("plant").filter(digest=hash_token(raw)).first()
-    )
+    token = ApiToken.objects.active().select_related("plant").filter(digest=hash_token(raw)).first()
     if token is None:
         raise AuthError(401, "invalid or revoked token")
     token.touch()
     plant_ids = frozenset({token.plant_id}) if token.plant_id else None
     plant_keys = frozenset({token.plant.key}) if token.plant_id else frozenset()
     return Principal(
-        name=token.name, role=token.role, plant_ids=plant_ids, plant_keys=plant_keys,
+        name=token.name,
+        role=token.role,
+        plant_ids=plant_ids,
+        plant_keys=plant_keys,
         token_id=token.pk,
     )
 
@@ -116,7 +117,10 @@ def principal_for_user(user) -> Principal | None:  # type: ignore[no-untyped-def
             plant_ids = frozenset(r[0] for r in rows)
             plant_keys = frozenset(r[1] for r in rows)
     return Principal(
-        name=user.get_username(), role=str(role), plant_ids=plant_ids, plant_keys=plant_keys,
+        name=user.get_username(),
+        role=str(role),
+        plant_ids=plant_ids,
+        plant_keys=plant_keys,
         user_id=user.pk,
     )
 

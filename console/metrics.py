@@ -109,7 +109,11 @@ def record_ingest(
         ("andon_request_duration_seconds_sum", {"endpoint": endpoint}, seconds),
         ("andon_request_duration_seconds_count", {"endpoint": endpoint}, 1),
     ]
-    for outcome, count in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
+    for outcome, count in (
+        ("accepted", accepted),
+        ("duplicate", duplicates),
+        ("rejected", rejected),
+    ):
         if count:
             items.append(
                 ("andon_ingest_items_total", {"endpoint": endpoint, "outcome": outcome}, count)
@@ -117,7 +121,11 @@ def record_ingest(
     for bound in LATENCY_BUCKETS:
         if seconds <= bound:
             items.append(
-                ("andon_request_duration_seconds_bucket", {"endpoint": endpoint, "le": str(bound)}, 1)
+                (
+                    "andon_request_duration_seconds_bucket",
+                    {"endpoint": endpoint, "le": str(bound)},
+                    1,
+                )
             )
     items.append(("andon_request_duration_seconds_bucket", {"endpoint": endpoint, "le": "+Inf"}, 1))
     record(items)

@@ -33,9 +33,7 @@ class ApiToken(models.Model):
 
     name = models.CharField(max_length=128)
     role = models.CharField(max_length=16, choices=Role.choices)
-    plant = models.ForeignKey(
-        "integrations.Plant", null=True, blank=True, on_delete=models.CASCADE
-    )
+    plant = models.ForeignKey("integrations.Plant", null=True, blank=True, on_delete=models.CASCADE)
     digest = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=16, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)

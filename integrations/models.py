@@ -120,16 +120,16 @@ class Connector(models.Model):
     def __str__(self) -> str:
         return self.key
 
+    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.plant_id = self.derived_plant_id()
+        super().save(*args, **kwargs)
+
     def derived_plant_id(self) -> int | None:
         """Return the plant this connector belongs to: its target's, else its source's."""
         for system in (self.target, self.source):
             if system is not None and system.plant_id is not None:
                 return system.plant_id
         return None
-
-    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self.plant_id = self.derived_plant_id()
-        super().save(*args, **kwargs)
 
 
 class Event(models.Model):

@@ -1,4 +1,3 @@
 """Ingest and integration API routes."""
 
-
 urlpatterns: list = []

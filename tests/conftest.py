@@ -55,15 +55,28 @@ def landscape(db):
     )
     wms1 = System.objects.create(key="wms-p1", name="WMS Plant 1", kind="WMS", plant=p1)
     c1 = Connector.objects.create(
-        key="erp-to-mes-orders", source=erp, target=mes1, flow="order-to-production",
-        criticality="critical", latency_slo_ms=2000,
+        key="erp-to-mes-orders",
+        source=erp,
+        target=mes1,
+        flow="order-to-production",
+        criticality="critical",
+        latency_slo_ms=2000,
     )
     c2 = Connector.objects.create(
-        key="erp-to-mes-p2-orders", source=erp, target=mes2, flow="order-to-production",
+        key="erp-to-mes-p2-orders",
+        source=erp,
+        target=mes2,
+        flow="order-to-production",
     )
     return {
-        "p1": p1, "p2": p2, "erp": erp, "mes1": mes1, "mes2": mes2, "wms1": wms1,
-        "c1": c1, "c2": c2,
+        "p1": p1,
+        "p2": p2,
+        "erp": erp,
+        "mes1": mes1,
+        "mes2": mes2,
+        "wms1": wms1,
+        "c1": c1,
+        "c2": c2,
     }
 
 

@@ -134,7 +134,9 @@ def insert_ignore(
         return result
 
 
-def copy_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+def copy_rows(
+    model: type[models.Model], fields: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> int:
     """COPY rows straight into the model's table (PostgreSQL only): the bench's baseline."""
     columns = _columns(model, fields)
     cols = ", ".join(_qn(f.column) for f in columns)
@@ -144,4 +146,3 @@ def copy_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence[S
             for row in data:
                 copy.write_row(row)
     return len(data)
-

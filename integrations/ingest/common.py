@@ -135,7 +135,7 @@ class Attribution:
         for system_id, key, sources, plant_id in System.objects.values_list(
             "id", "key", "sources", "plant_id"
         ):
-            for source in (sources or [key]):
+            for source in sources or [key]:
                 attribution.by_source[str(source)] = (system_id, plant_id)
             attribution.by_source.setdefault(key, (system_id, plant_id))
         return attribution
@@ -148,7 +148,9 @@ class Attribution:
         return hit if hit is not None else (None, None)
 
 
-def plant_denied(principal: Principal, plant_id: int | None, attribution: Attribution) -> str | None:
+def plant_denied(
+    principal: Principal, plant_id: int | None, attribution: Attribution
+) -> str | None:
     """Return why a plant-scoped principal may not post an item of ``plant_id``, else None.
 
     A scoped token may post items of its plant and unattributed items (kept, and
@@ -243,7 +245,9 @@ def ingest_view(
     The wrapped function receives ``(request, principal)`` and returns a response.
     """
 
-    def decorate(func: Callable[[HttpRequest, Principal], HttpResponse]) -> Callable[..., HttpResponse]:
+    def decorate(
+        func: Callable[[HttpRequest, Principal], HttpResponse],
+    ) -> Callable[..., HttpResponse]:
         @csrf_exempt
         @functools.wraps(func)
         def view(request: HttpRequest, *args, **kwargs) -> HttpResponse:  # type: ignore[no-untyped-def]
