@@ -35,7 +35,9 @@ def ensure_logins() -> list[Login]:
     """Create or reset the demo admin and operator; passwords from the environment or fresh."""
     logins = []
     for username, role in (("admin", "admin"), ("operator", "operator")):
-        password = os.environ.get(f"ANDON_DEMO_{username.upper()}_PASSWORD") or secrets.token_urlsafe(9)
+        password = os.environ.get(
+            f"ANDON_DEMO_{username.upper()}_PASSWORD"
+        ) or secrets.token_urlsafe(9)
         user, _ = User.objects.get_or_create(username=username)
         user.set_password(password)
         user.is_staff = role == "admin"

@@ -153,6 +153,14 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Ingest, correlation, alerting and replay for manufacturing integrations.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The document is public (like the contract it describes): no token, no 401 on a stale one.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # The ingest and health endpoints are plain Django views spectacular cannot see.
+        "console.schema.add_plain_views",
+    ],
 }
 
 LANGUAGE_CODE = "en-us"
@@ -174,3 +182,6 @@ LOGGING = {
 
 # Concurrent ingest requests one process serves before it sheds load with 503 + Retry-After.
 ANDON_MAX_CONCURRENT_INGEST = env_int("ANDON_MAX_CONCURRENT_INGEST", 16, minimum=1)
+
+# Messages (e.g. a token shown once after creation in the admin) stay server-side.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"

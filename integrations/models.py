@@ -7,8 +7,11 @@ so these models describe tables and read-side behaviour.
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+
+from integrations.adapters import ConfigError, validate_adapter_config, validate_replay_policy
 
 
 class Plant(models.Model):
@@ -123,6 +126,28 @@ class Connector(models.Model):
     def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         self.plant_id = self.derived_plant_id()
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        """Validate the adapter, replay policy and sensitive fields, storing them normalised."""
+        # Imported here because the landscape module imports these models.
+        from integrations.landscape import validate_sensitive_fields
+
+        errors: dict[str, str] = {}
+        checks = (
+            ("adapter", validate_adapter_config, {}),
+            ("replay_policy", validate_replay_policy, {}),
+            ("sensitive_fields", validate_sensitive_fields, []),
+        )
+        for name, validate, empty in checks:
+            value = getattr(self, name)
+            if value == empty or value is None:
+                continue  # monitoring-only connectors have no adapter; replay uses defaults
+            try:
+                setattr(self, name, validate(value))
+            except ConfigError as exc:
+                errors[name] = str(exc)
+        if errors:
+            raise ValidationError(errors)
 
     def derived_plant_id(self) -> int | None:
         """Return the plant this connector belongs to: its target's, else its source's."""
