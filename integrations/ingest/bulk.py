@@ -8,6 +8,7 @@ Either way the caller learns exactly which rows were new.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,26 +60,18 @@ def _adapt_rows(columns: list[models.Field], rows: Sequence[Sequence[Any]]) -> l
     return out
 
 
-def _stage_name(table: str) -> str:
-    return f"andon_stage_{table}"
-
-
 def _ensure_stage(cursor, table: str, column_names: list[str]) -> str:  # type: ignore[no-untyped-def]
-    """Create (once per database connection) a temporary staging table for ``table``."""
-    raw = connection.connection
-    made: set[str] = getattr(raw, "_andon_stages", None) or set()
-    stage = _stage_name(table)
-    key = f"{stage}:{','.join(column_names)}"
-    if key not in made:
-        cols = ", ".join(_qn(c) for c in column_names)
-        cursor.execute(f"DROP TABLE IF EXISTS {stage}")
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {stage} ON COMMIT DELETE ROWS AS "
-            f"SELECT {cols} FROM {_qn(table)} WITH NO DATA"
-        )
-        made = {k for k in made if not k.startswith(stage + ":")}
-        made.add(key)
-        raw._andon_stages = made
+    """Create, if this session lacks it, a temporary staging table for ``table``'s columns.
+
+    Not cached in Python: a rolled-back transaction drops a table created in it, and
+    ``IF NOT EXISTS`` costs one round trip.
+    """
+    stage = f"andon_stage_{table}_{zlib.crc32(','.join(column_names).encode()):08x}"
+    cols = ", ".join(_qn(c) for c in column_names)
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT {cols} FROM {_qn(table)} WITH NO DATA"
+    )
     return stage
 
 
