@@ -1,3 +1,5 @@
+"""Probe and scrape routes, at the root where orchestrators and Prometheus expect them."""
+
 from django.urls import path
 
 from console import health
