@@ -333,7 +333,10 @@ class SpanBatch:
                 business_keys[key_name] = value
         start = ns_to_datetime(start_ns)
         if business_keys is not None:
-            self.keys[identity] = (start, list(business_keys.items()))
+            # A key equal to the correlation id is found through the indexed column already.
+            extra = [(k, v) for k, v in business_keys.items() if v != correlation]
+            if extra:
+                self.keys[identity] = (start, extra)
         self.rows.append(
             (
                 trace_id,
