@@ -45,18 +45,21 @@ def _adapters(columns: list[models.Field]) -> list[Any]:
     return adapters
 
 
-def _adapt_rows(columns: list[models.Field], rows: Sequence[Sequence[Any]]) -> list[tuple]:
-    adapters = _adapters(columns)
-    if not any(adapters):
-        return [tuple(r) for r in rows]
+def _adapt_rows(columns: list[models.Field], rows: Sequence[Sequence[Any]]) -> list[Any]:
+    """Return the rows with JSON (and, off PostgreSQL, datetime) values made storable.
+
+    Only the columns that need it are touched, so a 500-row batch costs microseconds.
+    """
+    todo = [(i, a) for i, a in enumerate(_adapters(columns)) if a is not None]
+    if not todo:
+        return list(rows)
     out = []
     for row in rows:
-        out.append(
-            tuple(
-                (a(v) if v is not None else None) if a is not None else v
-                for a, v in zip(adapters, row, strict=True)
-            )
-        )
+        values = list(row)
+        for i, adapt in todo:
+            if values[i] is not None:
+                values[i] = adapt(values[i])
+        out.append(values)
     return out
 
 
