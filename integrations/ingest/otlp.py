@@ -35,6 +35,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 
 from console.auth import Principal
+from integrations.ingest import keys
 from integrations.ingest.bulk import insert_ignore
 from integrations.ingest.common import (
     Attribution,
@@ -47,7 +48,7 @@ from integrations.ingest.common import (
     read_body,
     with_counts,
 )
-from integrations.models import ItemKind, KeyRef, Span
+from integrations.models import ItemKind, Span
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -89,7 +90,6 @@ SPAN_FIELDS = (
     "system",
     "plant",
 )
-KEYREF_FIELDS = ("value", "name", "item_kind", "item_id", "at")
 
 CORRELATION_ATTRIBUTES = ("andon.correlation_id", "messaging.message.conversation_id")
 PLANT_ATTRIBUTE = "andon.plant"
@@ -202,7 +202,7 @@ class SpanBatch:
         self.keys: dict[tuple[str, str], tuple[datetime, list[tuple[str, str]]]] = {}
         self._seen: set[tuple[str, str]] = set()
         self._key_attributes = [
-            (attribute, text(attribute.removesuffix(".id"), KEY_NAME_MAX))
+            (attribute, text(keys.short_key_name(attribute), KEY_NAME_MAX))
             for attribute in settings.ANDON_BUSINESS_KEY_ATTRIBUTES
         ]
         self._scoped = principal.plant_ids is not None
@@ -377,14 +377,9 @@ class SpanBatch:
                 refs = []
                 for span_pk, trace_id, span_id in inserted:
                     hit = self.keys.get((trace_id, span_id))
-                    if hit is None:
-                        continue
-                    at, pairs = hit
-                    for key_name, value in pairs:
-                        refs.append((value, key_name, ItemKind.SPAN.value, span_pk, at))
-                insert_ignore(
-                    KeyRef, KEYREF_FIELDS, refs, ("item_kind", "item_id", "name", "value")
-                )
+                    if hit is not None:
+                        refs.extend(keys.keyref_rows(ItemKind.SPAN.value, span_pk, *hit))
+                keys.insert_keyrefs(refs)
         self.result.accepted = len(inserted)
         self.result.duplicates += len(self.rows) - len(inserted)
 
