@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console import views
+from console.pages import correlation, home, landscape, messages
 from console.schema import SchemaView
 
 urlpatterns = [
@@ -12,7 +12,13 @@ urlpatterns = [
     path("", include("integrations.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(template_name="admin/login.html"), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
+    path("", home.home, name="home"),
+    path("search/", home.search, name="search"),
+    path("correlations/", correlation.correlation, name="correlation"),
+    path("messages/", messages.message_list, name="messages"),
+    path("messages/<int:pk>/", messages.message_detail, name="message"),
+    path("systems/", landscape.systems, name="systems"),
+    path("connectors/", landscape.connectors, name="connectors"),
 ]

@@ -120,3 +120,80 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def client() -> Client:
     return Client(enforce_csrf_checks=True)
+
+
+# --- Browser tests ---------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (headless); skipped without it unless CI=true."""
+    if not os.path.exists(CHROMIUM):
+        if CI:
+            pytest.fail(f"{CHROMIUM} is missing (CI=true: browser tests are required)")
+        pytest.skip(f"{CHROMIUM} is missing; `make test` installs Debian's chromium")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls that tests
+    # make beside it are still synchronous.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page per test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
+
+
+def make_user(username: str, role: str, plants=(), password: str | None = None):
+    """Create a web user in one of the role groups, optionally limited to some plants."""
+    from django.contrib.auth.models import Group, User
+
+    from console.models import PlantAccess
+
+    user = User.objects.create_user(username, password=password or f"pw-{username}")
+    # get_or_create: transactional tests flush the groups the migration made.
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    for plant in plants:
+        PlantAccess.objects.create(user=user, plant=plant)
+    return user
+
+
+def browser_login(page, base_url: str, username: str, password: str | None = None) -> None:
+    """Log in through the real login form."""
+    page.goto(f"{base_url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password or f"pw-{username}")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/")
+
+
+def screenshot(page, name: str) -> str:
+    """Save a full-page screenshot under test-artifacts/ and return its path."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, f"{name}.png")
+    page.screenshot(path=path, full_page=True)
+    return path

@@ -34,6 +34,6 @@ if "REDIS_URL" not in os.environ:
 from console.settings import *  # noqa: E402,F403
 
 # Parallel suites on one server (several checkouts) each need their own test database.
-DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get("ANDON_TEST_DB", None)
+DATABASES["default"].setdefault("TEST", {})["NAME"] = os.environ.get("ANDON_TEST_DB")  # noqa: F405
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

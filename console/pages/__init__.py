@@ -1,0 +1,1 @@
+"""The operator web UI: server-rendered pages, one module per area."""
