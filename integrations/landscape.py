@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from django.db import models, transaction
 from django.db.models import Q
 
@@ -42,6 +41,7 @@ from integrations.models import (
     System,
     SystemKind,
 )
+from integrations.yamlio import YamlError, parse_yaml
 
 SECTIONS = ("plants", "systems", "connectors")
 PLANT_FIELDS = ("key", "name", "timezone")
@@ -130,53 +130,12 @@ class LandscapeReport:
 # --- Parsing -----------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
-
-
-def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            continue  # an unhashable key; construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
-
-
 def parse_landscape(text: str) -> Any:
     """Parse a landscape YAML document; raise LandscapeError naming the line of a syntax error."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        # A constructor error (duplicate key, unsafe tag) is well-formed YAML that we refuse.
-        what = (
-            "YAML error"
-            if isinstance(exc, yaml.constructor.ConstructorError)
-            else "YAML syntax error"
-        )
-        raise LandscapeError([f"{what}{where}: {problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise LandscapeError([f"YAML error: {exc}"]) from None
+        return parse_yaml(text)
+    except YamlError as exc:
+        raise LandscapeError([str(exc)]) from None
 
 
 def read_landscape_file(path: str | Path) -> Any:
