@@ -4,12 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from console.pages import correlation, home, landscape, messages
+from console.pages import alerts, correlation, home, landscape, messages, rules
 from console.schema import SchemaView
 
 urlpatterns = [
     path("", include("console.health_urls")),
     path("", include("integrations.urls")),
+    path("", include("monitors.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -21,4 +22,6 @@ urlpatterns = [
     path("messages/<int:pk>/", messages.message_detail, name="message"),
     path("systems/", landscape.systems, name="systems"),
     path("connectors/", landscape.connectors, name="connectors"),
+    path("alerts/", alerts.alert_list, name="alerts"),
+    path("rules/", rules.rule_list, name="rules"),
 ]

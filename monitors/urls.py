@@ -1,0 +1,3 @@
+"""Alerting API routes (alerts, silences)."""
+
+urlpatterns: list = []
