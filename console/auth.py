@@ -44,6 +44,11 @@ class Principal:
     def may_operate(self) -> bool:
         return self.role in (Role.OPERATOR, Role.ADMIN)
 
+    def allows(self, check: str) -> bool:
+        """Return the answer of a named check (``may_read``, ``may_operate``, ``is_admin``)."""
+        value = getattr(self, check)
+        return bool(value() if callable(value) else value)
+
     def sees_plant(self, plant_id: int | None) -> bool:
         """Return whether an item of this plant (None: unattributed) is visible."""
         if self.plant_ids is None:
@@ -171,7 +176,7 @@ class _RolePermission(permissions.BasePermission):
             if request.user is None or not getattr(request.user, "is_authenticated", False):
                 raise exceptions.NotAuthenticated()
             return False
-        return bool(getattr(principal, self.check)())
+        return principal.allows(self.check)
 
 
 class CanRead(_RolePermission):

@@ -27,7 +27,7 @@ def page(
             principal = principal_for_user(request.user)
             if principal is None:
                 raise PermissionDenied("your account has no Andon role (viewer, operator or admin)")
-            if not getattr(principal, check)():
+            if not principal.allows(check):
                 raise PermissionDenied("your role may not do that")
             request.principal = principal  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)
