@@ -484,10 +484,10 @@ def test_it_refuses_a_gzip_bomb(client, landscape, ingest_token):
     assert "decompressed body exceeds" in response.json()["error"]
 
 
-def test_it_answers_get_with_405_for_now(client, ingest_token):
+def test_an_ingest_token_may_post_but_not_list_messages(client, ingest_token):
     response = client.get(URL, **bearer(ingest_token))
 
-    assert response.status_code == 405
+    assert response.status_code == 403
 
 
 # --- Who may post -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from console.auth import Principal
+from integrations.api_messages import MessageListView
 from integrations.ingest import keys
 from integrations.ingest.bulk import SQLITE_MAX_VARS, insert_ignore
 from integrations.ingest.common import (
@@ -605,7 +606,7 @@ def store_reports(
 
 
 @ingest_view("messages")
-def messages_view(request: HttpRequest, principal: Principal) -> HttpResponse:
+def ingest_messages_view(request: HttpRequest, principal: Principal) -> HttpResponse:
     """Record message reports; answer 202 with counts and per-item rejections (CONTRACT)."""
     body = read_body(request)
     items = request_reports(request, body)
@@ -627,3 +628,8 @@ def messages_view(request: HttpRequest, principal: Principal) -> HttpResponse:
         store_reports(reports, principal, attribution, result)
     result.rejected.sort(key=lambda r: r["index"])  # type: ignore[arg-type,return-value]
     return with_counts(result.response(), result)
+
+
+# The route answers GET with the message list (a DRF view, so the OpenAPI document shows it);
+# a POST goes straight to the plain ingest view above.
+messages_view = MessageListView.as_view(ingest=ingest_messages_view)
