@@ -119,6 +119,8 @@ ANDON_MAX_BATCH_ITEMS = env_int("ANDON_MAX_BATCH_ITEMS", 10_000, minimum=1)
 ANDON_BUSINESS_KEY_ATTRIBUTES = env_list(
     "ANDON_BUSINESS_KEY_ATTRIBUTES", ["workorder.id", "lot.id", "asset.id", "shipment.id"]
 )
+# Correlation does not follow a key that ties more items than this (a plant code, a date).
+ANDON_CORRELATION_HUB_LIMIT = env_int("ANDON_CORRELATION_HUB_LIMIT", 500, minimum=1)
 # Django's own cap must sit above ours so that ingest views answer 413 themselves.
 DATA_UPLOAD_MAX_MEMORY_SIZE = ANDON_MAX_BODY_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10_000

@@ -15,6 +15,11 @@ CONTRACT_PATHS = [
     "/healthz",
     "/readyz",
     "/metrics",
+    "/api/v1/alerts",
+    "/api/v1/alerts/{id}/ack",
+    "/api/v1/alerts/{id}/resolve",
+    "/api/v1/silences",
+    "/api/v1/silences/{id}",
 ]
 INGEST_PATHS = ["/v1/traces", "/api/v1/events", "/api/v1/messages"]
 INGEST_ERRORS = ["400", "401", "403", "413", "415", "429", "503"]
