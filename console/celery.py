@@ -1,8 +1,13 @@
-"""The Celery app: Redis broker when REDIS_URL is set; see console.settings."""
+"""The Celery app: Redis broker when REDIS_URL is set; see console.settings.
+
+Beat runs rule evaluation every ``ANDON_EVALUATE_EVERY_S`` seconds; each pass
+also queues a pass for its next known deadline (``monitors.tasks``).
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
 
@@ -11,3 +16,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """Return beat's schedule: the periodic evaluation pass (the safety net of deadlines)."""
+    from django.conf import settings
+
+    every = float(settings.ANDON_EVALUATE_EVERY_S)
+    return {
+        "evaluate-rules": {
+            "task": "monitors.tasks.evaluate_all",
+            "schedule": every,
+            # A pass that could not start within one period is superseded by the next.
+            "options": {"expires": every},
+        },
+    }
+
+
+@app.on_after_configure.connect
+def _configure_beat(sender: Celery, **kwargs: Any) -> None:
+    # Settings are read here, not at import: this module is imported while they load.
+    sender.conf.beat_schedule = beat_schedule()

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.db import transaction
 
 DEMO_LANDSCAPE = Path(settings.BASE_DIR) / "integrations" / "fixtures" / "demo_landscape.yaml"
+DEMO_RULES = Path(settings.BASE_DIR) / "monitors" / "fixtures" / "demo_rules.yaml"
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,10 @@ class Login:
 
 
 def prepare(out: TextIO) -> list[Login]:
-    """Migrate, load the demo landscape and (re)create the demo logins."""
+    """Migrate, load the demo landscape and rules, and (re)create the demo logins."""
     call_command("migrate", interactive=False, verbosity=0)
     call_command("loadlandscape", str(DEMO_LANDSCAPE), stdout=out)
+    call_command("loadrules", str(DEMO_RULES), "--actor", "demo", stdout=out)
     return ensure_logins()
 
 
@@ -49,7 +51,16 @@ def ensure_logins() -> list[Login]:
 
 
 def serve(host: str, port: int) -> None:
-    """Serve the ASGI console in this process until interrupted."""
+    """Serve the ASGI console in this process until interrupted.
+
+    Without Redis there is no Celery beat, so rules are evaluated by the
+    embedded scheduler, a thread of this process; with Redis the worker and
+    beat do it.
+    """
     import uvicorn
 
+    if not settings.REDIS_URL:
+        from monitors.scheduler import start_embedded
+
+        start_embedded()
     uvicorn.run("console.asgi:application", host=host, port=port, log_level="warning")

@@ -194,6 +194,13 @@ class Event(models.Model):
                 fields=["correlation_id"], name="event_corr_idx", condition=~Q(correlation_id="")
             ),
             models.Index(fields=["trace_id"], name="event_trace_idx", condition=~Q(trace_id="")),
+            # Heartbeats and "last seen" per system.
+            models.Index(fields=["system", "occurred_at"], name="event_system_time_idx"),
+            # Correlation follows causation both ways: to the cause by its id, to the effects.
+            models.Index(fields=["event_id"], name="event_event_id_idx"),
+            models.Index(
+                fields=["causation_id"], name="event_causation_idx", condition=~Q(causation_id="")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -249,6 +256,7 @@ class Span(models.Model):
                 fields=["correlation_id"], name="span_corr_idx", condition=~Q(correlation_id="")
             ),
             models.Index(fields=["service_name", "start"], name="span_service_start_idx"),
+            models.Index(fields=["system", "start"], name="span_system_start_idx"),
         ]
 
     def __str__(self) -> str:
@@ -298,6 +306,8 @@ class Message(models.Model):
             models.Index(
                 fields=["correlation_id"], name="message_corr_idx", condition=~Q(correlation_id="")
             ),
+            # A search by a message's own id shows its story.
+            models.Index(fields=["external_id"], name="message_ext_id_idx"),
         ]
 
     def __str__(self) -> str:

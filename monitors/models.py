@@ -176,9 +176,7 @@ class Silence(models.Model):
     created_by = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     expired_at = models.DateTimeField(null=True, blank=True)
-    plant = models.ForeignKey(
-        "integrations.Plant", null=True, blank=True, on_delete=models.CASCADE
-    )
+    plant = models.ForeignKey("integrations.Plant", null=True, blank=True, on_delete=models.CASCADE)
 
     class Meta:
         indexes = [models.Index(fields=["ends_at"], name="silence_ends_idx")]
@@ -218,5 +216,3 @@ def actor_name(user_or_principal) -> str:  # type: ignore[no-untyped-def]
     """Return a display name for audit fields from a user or a principal."""
     name = getattr(user_or_principal, "name", None) or getattr(user_or_principal, "username", "")
     return str(name or "system")[:150]
-
-

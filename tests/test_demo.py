@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from integrations.models import Connector, Plant, System
+from monitors.models import Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,7 @@ def test_it_loads_the_landscape_and_prints_working_logins(client):
     assert Plant.objects.count() == 2
     assert System.objects.filter(kind="MES").count() == 2
     assert Connector.objects.filter(status="active").count() >= 8
+    assert Rule.objects.filter(enabled=True, kind="followup").count() >= 3
     logins = [line for line in out.getvalue().splitlines() if line.startswith("login: ")]
     assert len(logins) == 2
     username, password = logins[1].removeprefix("login: ").split(" (")[0].split(" / ")
