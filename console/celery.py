@@ -30,6 +30,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             # A pass that could not start within one period is superseded by the next.
             "options": {"expires": every},
         },
+        # Recovers outbox work whose wake-up was lost (Redis or a worker was down).
+        "outbox-sweep": {
+            "task": "console.tasks.outbox_sweep",
+            "schedule": 5.0,
+            "options": {"expires": 5.0},
+        },
     }
 
 

@@ -79,3 +79,38 @@ class PlantAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} -> {self.plant_id}"
+
+
+class OutboxState(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class OutboxTask(models.Model):
+    """Background work committed with the request that asked for it (a transactional outbox).
+
+    The row is the source of truth; Celery (with Redis) or the embedded worker
+    only carries the wake-up. See ``console.outbox``.
+    """
+
+    name = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=OutboxState.choices, default=OutboxState.QUEUED)
+    available_at = models.DateTimeField()
+    locked_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=8)
+    last_error = models.TextField(blank=True, default="")
+    dedup_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "available_at"], name="outbox_state_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}#{self.pk} {self.state}"
