@@ -370,3 +370,123 @@ class KeyRef(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}={self.value} -> {self.item_kind}{self.item_id}"
+
+
+class ReplayState(models.TextChoices):
+    PENDING_APPROVAL = "pending_approval"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+
+
+class ReplayJob(models.Model):
+    """One replay request: a single message or every message a filter selected.
+
+    The job and its items are committed before any broker sees them (the outbox);
+    items record their own progress, so a job resumes after a worker dies.
+    """
+
+    created_by = models.CharField(max_length=150)
+    reason = models.TextField()
+    filter = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=20, choices=ReplayState.choices)
+    dry_run = models.BooleanField(default=False)
+    edited = models.BooleanField(default=False)
+    needs_approval = models.BooleanField(default=False)
+    approved_by = models.CharField(max_length=150, blank=True, default="")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True, default="")
+    plant = models.ForeignKey(Plant, null=True, blank=True, on_delete=models.SET_NULL)
+    alert_id = models.BigIntegerField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    delivered = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    dead_lettered = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "created_at"], name="replayjob_state_idx")]
+
+    def __str__(self) -> str:
+        return f"replay {self.pk} ({self.state}, {self.total} messages)"
+
+
+class ReplayItemState(models.TextChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+    UNCERTAIN = "uncertain"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class ReplayItem(models.Model):
+    """One message of a replay job and its outcome (lineage: which replay of which message)."""
+
+    job = models.ForeignKey(ReplayJob, on_delete=models.CASCADE, related_name="items")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="replays")
+    state = models.CharField(
+        max_length=16, choices=ReplayItemState.choices, default=ReplayItemState.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    latency_ms = models.IntegerField(null=True, blank=True)
+    response_status = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    # The edited body an admin sent instead of the captured one (the original stays untouched).
+    edited_payload = models.BinaryField(null=True, blank=True)
+    edited_content_type = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "message"], name="replayitem_job_msg_uniq"),
+        ]
+        indexes = [
+            models.Index(fields=["job", "state"], name="replayitem_job_state_idx"),
+            models.Index(fields=["message"], name="replayitem_message_idx"),
+        ]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}/{self.message_id} {self.state}"
+
+
+class ConnectorRollup(models.Model):
+    """Per-minute figures of one connector (and its plant), kept up to date for fast dashboards."""
+
+    connector = models.ForeignKey(Connector, on_delete=models.CASCADE, related_name="rollups")
+    plant = models.ForeignKey(Plant, null=True, blank=True, on_delete=models.SET_NULL)
+    minute = models.DateTimeField()
+    total = models.PositiveIntegerField(default=0)
+    delivered = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    dead_lettered = models.PositiveIntegerField(default=0)
+    replayed = models.PositiveIntegerField(default=0)
+    latency_sum_ms = models.BigIntegerField(default=0)
+    latency_count = models.PositiveIntegerField(default=0)
+    latency_max_ms = models.IntegerField(default=0)
+    # Counts per latency bucket (upper bounds in ms: see integrations.rollups), for percentiles.
+    latency_buckets = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connector", "minute"], name="rollup_conn_minute_uniq"),
+        ]
+        indexes = [
+            models.Index(fields=["minute"], name="rollup_minute_idx"),
+            models.Index(fields=["plant", "minute"], name="rollup_plant_minute_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connector_id}@{self.minute:%Y-%m-%dT%H:%M}"
