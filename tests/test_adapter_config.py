@@ -202,10 +202,10 @@ def test_an_adapter_class_refuses_another_kinds_config():
     assert caught.value.field == "kind"
 
 
-def test_delivery_is_not_implemented_yet_and_says_so():
+def test_build_adapter_gives_the_kind_its_normalised_config():
     adapter = build_adapter({"kind": "http", "url": "http://127.0.0.1:9100/orders"})
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        adapter.deliver(b"{}", {"Content-Type": "application/json"})
+    assert isinstance(adapter, HttpAdapter)
+    assert adapter.config["method"] == "POST"
 
 
 # --- replay policy ---------------------------------------------------------------------------

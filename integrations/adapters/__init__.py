@@ -1,13 +1,18 @@
 """Adapters re-deliver captured payloads to a connector's target (see ``base.Adapter``).
 
 A connector's ``adapter`` config names its kind (``{"kind": "http", ...}``);
-``validate_adapter_config`` checks and normalises it. ``validate_replay_policy``
-does the same for a connector's replay policy, which governs how the replay
-workflow drives an adapter.
+``validate_adapter_config`` checks and normalises it. ``build_adapter`` makes a
+fresh adapter for a config, ``get_adapter`` returns the one this thread keeps open
+for it (``close_adapters`` releases them); outbound HTTP itself goes through
+``integrations.outbound``. ``validate_replay_policy`` checks and normalises a
+connector's replay policy, which governs how the replay workflow drives an adapter.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +42,8 @@ __all__ = [
     "HttpAdapter",
     "MqttAdapter",
     "build_adapter",
+    "close_adapters",
+    "get_adapter",
     "type_name",
     "validate_adapter_config",
     "validate_replay_policy",
@@ -49,6 +56,10 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 REPLAY_FIELDS = ("max_attempts", "backoff_s", "rate_per_s", "approval_above")
+
+# Adapters hold connections that are neither thread- nor fork-safe (paho, pika), so
+# the cache is per thread and forgotten in a forked child.
+_cache = threading.local()
 
 
 def validate_adapter_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,6 +79,35 @@ def build_adapter(config: Mapping[str, Any]) -> Adapter:
     """Return the adapter a connector's config selects, its config validated."""
     normalised = validate_adapter_config(config)
     return ADAPTERS[normalised["kind"]](normalised)
+
+
+def get_adapter(config: Mapping[str, Any]) -> Adapter:
+    """Return this thread's adapter for ``config``, built on first use and kept open.
+
+    Two configs that normalise alike share an adapter. ``close_adapters`` releases
+    them all.
+    """
+    normalised = validate_adapter_config(config)
+    adapters = _thread_adapters()
+    key = json.dumps(normalised, sort_keys=True)
+    adapter = adapters.get(key)
+    if adapter is None:
+        adapter = adapters[key] = ADAPTERS[normalised["kind"]](normalised)
+    return adapter
+
+
+def close_adapters() -> None:
+    """Close and forget every adapter ``get_adapter`` kept for this thread."""
+    adapters = _thread_adapters()
+    while adapters:
+        _, adapter = adapters.popitem()
+        adapter.close()
+
+
+def _thread_adapters() -> dict[str, Adapter]:
+    if getattr(_cache, "pid", None) != os.getpid():
+        _cache.adapters, _cache.pid = {}, os.getpid()
+    return _cache.adapters
 
 
 def validate_replay_policy(policy: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,12 +27,32 @@ class AdapterConfigError(ConfigError):
 
 
 class AdapterError(Exception):
-    """A delivery failed; ``permanent`` says that retrying the same payload cannot help."""
+    """A delivery failed; ``permanent`` says that retrying the same payload cannot help.
 
-    def __init__(self, message: str, permanent: bool) -> None:
+    ``retry_after_s`` is how long the target asked us to wait (HTTP ``Retry-After``),
+    ``status_code`` what an HTTP target answered, and ``unreachable`` says the target
+    could not be reached at all, so nothing was sent (a batch stops trying there).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        permanent: bool,
+        *,
+        retry_after_s: float | None = None,
+        status_code: int | None = None,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.retry_after_s = retry_after_s
+        self.status_code = status_code
+        self.unreachable = unreachable
+
+    def __repr__(self) -> str:
+        kind = "permanent" if self.permanent else "transient"
+        return f"{type(self).__name__}({self.message!r}, {kind})"
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,33 @@ class DeliveryResult:
     latency_ms: int
     status_code: int | None = None
     detail: str = ""
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """Return the value of header ``name`` (any case) in ``headers``, or None."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def merge_headers(base: Mapping[str, str], override: Mapping[str, str]) -> dict[str, str]:
+    """Return ``base`` with ``override`` on top, a name in any case replacing its twin in base."""
+    overridden = {name.lower() for name in override}
+    merged = {name: value for name, value in base.items() if name.lower() not in overridden}
+    merged.update(override)
+    return merged
+
+
+def not_attempted(cause: AdapterError) -> AdapterError:
+    """Return the error for a batch item skipped because the target proved unreachable."""
+    return AdapterError(
+        f"not attempted: {cause.message}",
+        permanent=False,
+        retry_after_s=cause.retry_after_s,
+        unreachable=True,
+    )
 
 
 def type_name(value: object) -> str:
@@ -246,7 +293,7 @@ def _range_message(minimum: float | None, maximum: float | None, value: float) -
 
 
 class Adapter:
-    """Delivers one captured payload to a connector's target.
+    """Delivers captured payloads to a connector's target.
 
     The contract every adapter keeps:
 
@@ -255,19 +302,30 @@ class Adapter:
     - ``validate_config(config)`` returns the normalised config (``kind`` included,
       defaults filled in) or raises :class:`AdapterConfigError` naming the field.
       It does no I/O, so a landscape can be checked offline.
-    - ``deliver(body, headers)`` sends ``body`` (the original bytes) with ``headers``
-      (already holding ``Content-Type``, ``Idempotency-Key``, ``X-Andon-Replay`` and
-      ``traceparent``) to the target once, and returns a :class:`DeliveryResult` when
-      the target accepted it. On failure it raises :class:`AdapterError` whose
-      ``permanent`` flag says whether retrying can help: True when the target
-      rejected the payload itself (e.g. HTTP 4xx other than 408/429), False for
-      timeouts, refused connections, 5xx and broker unavailability.
+    - ``deliver(body, headers)`` sends ``body`` (the original bytes, never re-encoded)
+      with ``headers`` (already holding ``Content-Type``, ``Idempotency-Key``,
+      ``X-Andon-Replay`` and ``traceparent``) to the target once, and returns a
+      :class:`DeliveryResult` when the target accepted it. On failure it raises
+      :class:`AdapterError` whose ``permanent`` flag says whether retrying can help:
+      True when the target rejected the payload itself (HTTP 4xx other than
+      408/425/429, an unroutable AMQP message), False for timeouts, refused
+      connections, 5xx, 408/425/429 and broker unavailability.
+    - ``deliver_many([(body, headers), ...])`` does the same for a batch over one
+      connection and answers a result or an error per item, in order; it raises
+      nothing. Once the target proves unreachable the rest of the batch is not
+      tried and each item gets that (transient) error.
+    - An adapter keeps its connection open between calls (``get_adapter`` caches
+      one per config and thread) until ``close()``; a broken connection is opened
+      again on the next delivery.
     - An adapter never retries on its own; the replay workflow owns attempts,
       backoff and rate (the connector's replay policy).
 
-    To add an adapter: subclass this, set ``kind`` and ``fields``, implement both
-    methods, register it in ``integrations.adapters.ADAPTERS``, document its fields
-    in the README and cover good and bad configs in ``tests/test_adapter_config.py``.
+    To add an adapter: subclass this, set ``kind`` and ``fields``, implement
+    ``validate_config`` and ``deliver`` (and ``deliver_many``/``close`` when it holds a
+    connection), register it in ``integrations.adapters.ADAPTERS``, document its
+    fields in the README, and cover good and bad configs in
+    ``tests/test_adapter_config.py`` and delivery against a real server in
+    ``tests/test_adapters_<kind>.py``.
     """
 
     kind: ClassVar[str] = ""
@@ -276,6 +334,12 @@ class Adapter:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = self.validate_config(config)
 
+    def __enter__(self) -> Adapter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """Return the normalised config with defaults, or raise AdapterConfigError."""
@@ -283,10 +347,28 @@ class Adapter:
 
     def deliver(self, body: bytes, headers: dict[str, str]) -> DeliveryResult:
         """Send ``body`` with ``headers`` to the target once (see the class docstring)."""
-        raise NotImplementedError(
-            f"{type(self).__name__}.deliver: delivery through {self.kind!r} adapters is not "
-            "implemented yet; adapters only validate their configuration for now"
-        )
+        raise NotImplementedError(f"{type(self).__name__} must implement deliver")
+
+    def deliver_many(
+        self, items: Iterable[tuple[bytes, dict[str, str]]]
+    ) -> list[DeliveryResult | AdapterError]:
+        """Deliver each ``(body, headers)`` in turn; answer a result or an error per item."""
+        outcomes: list[DeliveryResult | AdapterError] = []
+        unreachable: AdapterError | None = None
+        for body, headers in items:
+            if unreachable is not None:
+                outcomes.append(not_attempted(unreachable))
+                continue
+            try:
+                outcomes.append(self.deliver(body, headers))
+            except AdapterError as error:
+                outcomes.append(error)
+                if error.unreachable:
+                    unreachable = error
+        return outcomes
+
+    def close(self) -> None:
+        """Release the adapter's connections; the next delivery opens them again."""
 
     @classmethod
     def reader(cls, config: Mapping[str, Any]) -> ConfigReader:

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from integrations.adapters.base import Adapter, AdapterConfigError
+from integrations import outbound
+from integrations.adapters.base import (
+    Adapter,
+    AdapterConfigError,
+    AdapterError,
+    DeliveryResult,
+    merge_headers,
+)
 
 METHODS = ("POST", "PUT", "PATCH")
 DEFAULT_TIMEOUT_S = 10
@@ -31,7 +38,12 @@ def check_url(url: str, schemes: tuple[str, ...], field: str, description: str) 
 
 
 class HttpAdapter(Adapter):
-    """Sends the payload as the body of an HTTP request to ``url``."""
+    """Sends the payload as the body of an HTTP request to ``url``.
+
+    Requests go through :mod:`integrations.outbound` (keep-alive session per
+    thread, same-origin redirects only), so a batch reuses one connection. The
+    configured ``headers`` are merged under each delivery's own headers.
+    """
 
     kind = "http"
     fields = ("url", "method", "headers", "timeout_s")
@@ -68,3 +80,39 @@ class HttpAdapter(Adapter):
             "headers": headers,
             "timeout_s": timeout_s,
         }
+
+    def deliver(self, body: bytes, headers: dict[str, str]) -> DeliveryResult:
+        """Send ``body`` once; accept a 2xx (or 303), classify anything else (see Adapter)."""
+        try:
+            response = outbound.send(
+                self.config["method"],
+                self.config["url"],
+                body=body,
+                headers=merge_headers(self.config["headers"], headers),
+                timeout_s=self.config["timeout_s"],
+            )
+        except outbound.OutboundError as exc:
+            raise _adapter_error(exc) from None
+        failure = response.failure()
+        if failure is not None:
+            raise _adapter_error(failure)
+        detail = response.summary()
+        if response.redirects:
+            detail = f"{detail} from {outbound.redact(response.url)}"
+        return DeliveryResult(
+            latency_ms=response.latency_ms, status_code=response.status_code, detail=detail
+        )
+
+    def close(self) -> None:
+        """Close this thread's outbound session (its pooled connections)."""
+        outbound.close_session()
+
+
+def _adapter_error(exc: outbound.OutboundError) -> AdapterError:
+    return AdapterError(
+        exc.message,
+        exc.permanent,
+        retry_after_s=exc.retry_after_s,
+        status_code=exc.status_code,
+        unreachable=exc.unreachable,
+    )
