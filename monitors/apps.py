@@ -7,6 +7,8 @@ class MonitorsConfig(AppConfig):
 
     def ready(self) -> None:
         """Give the correlation timeline the alerts of its keys (when that engine is present)."""
+        import monitors.notify  # noqa: F401 - registers the outbox handler "notify.deliver"
+
         try:
             from integrations.correlation import register_alert_source
         except ImportError:

@@ -216,3 +216,223 @@ def actor_name(user_or_principal) -> str:  # type: ignore[no-untyped-def]
     """Return a display name for audit fields from a user or a principal."""
     name = getattr(user_or_principal, "name", None) or getattr(user_or_principal, "username", "")
     return str(name or "system")[:150]
+
+
+# --- Notifications ----------------------------------------------------------------------
+
+
+class ContactPointKind(models.TextChoices):
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    TEAMS = "teams"
+
+
+class ContactPoint(models.Model):
+    """Where notifications go: an email list, a webhook, a Slack or a Teams channel.
+
+    ``options`` holds the kind's settings, validated by its notifier
+    (``monitors.notifiers``). Secrets are never stored: an option ending in
+    ``_env`` names the environment variable that holds one. The health fields
+    make a failing contact point visible on the notifications page.
+    """
+
+    name = models.SlugField(max_length=128, unique=True)
+    kind = models.CharField(max_length=16, choices=ContactPointKind.choices)
+    options = models.JSONField(default=dict, blank=True)
+    send_resolved = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def failing(self) -> bool:
+        """Return whether its latest delivery attempt failed."""
+        return self.consecutive_failures > 0
+
+
+class RoutingPolicy(models.Model):
+    """Which alerts go to which contact points, grouped how, and escalated when.
+
+    Policies are tried by ``position``; an alert goes to the first whose
+    matchers (silence-style label matchers) all match, and on to later ones
+    while the matched policy has ``continue_matching``. An alert no policy
+    matches goes to the default policy (``is_default``, at most one).
+    ``group_by``, ``group_wait_s``, ``group_interval_s`` and ``repeat_interval_s``
+    have Alertmanager's meaning; an alert firing unacknowledged
+    ``escalate_after_s`` after it was first notified goes to ``escalate_to`` too.
+    """
+
+    name = models.SlugField(max_length=128, unique=True)
+    position = models.PositiveIntegerField(default=0)
+    is_default = models.BooleanField(default=False)
+    matchers = models.JSONField(default=list, blank=True)
+    contact_points = models.ManyToManyField(ContactPoint, related_name="policies", blank=True)
+    group_by = models.JSONField(default=list, blank=True)
+    group_wait_s = models.FloatField(default=30.0)
+    group_interval_s = models.FloatField(default=300.0)
+    repeat_interval_s = models.FloatField(default=4 * 3600.0)
+    continue_matching = models.BooleanField(default=False)
+    escalate_after_s = models.FloatField(null=True, blank=True)
+    escalate_to = models.ManyToManyField(
+        ContactPoint, related_name="escalating_policies", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["is_default", "position", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=Q(is_default=True),
+                name="routing_one_default_policy",
+            ),
+        ]
+        verbose_name_plural = "routing policies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NotificationGroup(models.Model):
+    """The notification state of one group of alerts under one policy, shared by all workers.
+
+    Alertmanager keeps this in memory per instance; here it is a row, so that
+    several processes running the notification pass agree (a pass claims a due
+    group with ``SELECT ... FOR UPDATE SKIP LOCKED``). ``active_since`` starts
+    the group's wait (None: the group is idle); ``flushed_at`` is its latest
+    notification in the current episode; ``notified`` maps the firing alerts
+    told about to when they were first told (ISO time, the escalation clock).
+    """
+
+    policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="groups")
+    group_hash = models.CharField(max_length=64)
+    group_key = models.CharField(max_length=1000)
+    labels = models.JSONField(default=dict, blank=True)
+    active_since = models.DateTimeField(null=True, blank=True)
+    flushed_at = models.DateTimeField(null=True, blank=True)
+    notified = models.JSONField(default=dict, blank=True)
+    escalated = models.JSONField(default=list, blank=True)
+    last_notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "group_hash"], name="notification_group_unique_key"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["active_since"],
+                condition=Q(active_since__isnull=False),
+                name="notification_group_active_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.group_key
+
+
+class DeliveryStatus(models.TextChoices):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+
+
+class DeliveryReason(models.TextChoices):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+    REPEAT = "repeat"
+    ESCALATION = "escalation"
+    TEST = "test"
+
+
+class NotificationDelivery(models.Model):
+    """One notification to one contact point: what it says, and every attempt's outcome.
+
+    ``body`` is the notification as data (rendered for the contact point's kind
+    when sent), so a retry sends the same content. ``summary`` is the line the
+    delivery log shows.
+    """
+
+    contact_point = models.ForeignKey(
+        ContactPoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    policy = models.ForeignKey(
+        RoutingPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    plant = models.ForeignKey(
+        "integrations.Plant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    group_key = models.CharField(max_length=1000, blank=True, default="")
+    reason = models.CharField(max_length=16, choices=DeliveryReason.choices)
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.QUEUED
+    )
+    alert_ids = models.JSONField(default=list, blank=True)
+    summary = models.CharField(max_length=500, blank=True, default="")
+    body = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)
+    response_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["contact_point", "at"], name="delivery_cp_at_idx"),
+            models.Index(fields=["status", "at"], name="delivery_status_at_idx"),
+        ]
+        verbose_name_plural = "notification deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.reason} to {self.contact_point_id}: {self.status}"
+
+
+class AckLink(models.Model):
+    """A single-use, expiring acknowledgement link sent in a notification.
+
+    The link carries only ``nonce``, signed with ``django.core.signing``; the
+    row says which alert it acknowledges, for whom (``recipient`` becomes the
+    actor), until when, and whether it was used.
+    """
+
+    nonce = models.CharField(max_length=64, unique=True)
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="ack_links")
+    delivery = models.ForeignKey(
+        NotificationDelivery,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="ack_links",
+    )
+    recipient = models.CharField(max_length=254)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["delivery", "alert", "recipient"], name="acklink_one_per_recipient"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"ack {self.alert_id} for {self.recipient}"

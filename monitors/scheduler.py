@@ -23,7 +23,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from integrations.rollups import refresh_periodically
 from monitors.evaluate import PassReport, evaluate
+from monitors.notify import after_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Scheduler:
         """Run one pass, logging (not raising) a failure; return its report."""
         try:
             report = evaluate(now=self.clock())
+            after_evaluation(report.at)  # the notification pass (logs, never raises, a failure)
         except Exception:  # noqa: BLE001 - the loop must survive a bad pass (database down...)
             logger.exception("evaluation pass failed")
             return None
@@ -109,6 +112,7 @@ class Scheduler:
             while not self._stop.is_set():
                 started = self.clock()
                 report = self.run_pass()
+                refresh_periodically()  # the connector rollups of the dashboards; never raises
                 deadline = report.next_deadline if report is not None else None
                 wake_at = next_wake(self.clock(), started, self.every_s, deadline, self.margin_s)
                 self._wake.wait(timeout=max(0.0, (wake_at - self.clock()).total_seconds()))

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from monitors.evaluate import evaluate
+from monitors.notify import after_evaluation
 from monitors.scheduler import DEADLINE_MARGIN_S
 
 DEDUP_KEY = "andon:evaluate:eta:{}"
@@ -21,6 +22,7 @@ def evaluate_all() -> dict[str, Any]:
     """Run one evaluation pass, then queue one more for its next deadline."""
     report = evaluate()
     eta = schedule_deadline(report.next_deadline)
+    after_evaluation(report.at)  # the notification pass (logs, never raises, a failure)
     return {
         "fired": report.fired,
         "resolved": report.resolved,
