@@ -193,3 +193,27 @@ ANDON_MAX_CONCURRENT_INGEST = env_int("ANDON_MAX_CONCURRENT_INGEST", 16, minimum
 
 # Messages (e.g. a token shown once after creation in the admin) stay server-side.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+# --- Replay (integrations.replay): approval size, batch per claim, parallel shards, task lease.
+ANDON_REPLAY_APPROVAL_ABOVE = env_int("ANDON_REPLAY_APPROVAL_ABOVE", 100, minimum=1)
+ANDON_REPLAY_BATCH = env_int("ANDON_REPLAY_BATCH", 100, minimum=1)
+ANDON_REPLAY_PARALLELISM = env_int("ANDON_REPLAY_PARALLELISM", 2, minimum=1)
+ANDON_REPLAY_LEASE_S = env_int("ANDON_REPLAY_LEASE_S", 60, minimum=2)
+
+# --- Notifications (monitors.notify): email through SMTP when ANDON_EMAIL_HOST is set, else
+# printed to the console; links in notifications start with ANDON_PUBLIC_URL.
+ANDON_EMAIL_HOST = env_str("ANDON_EMAIL_HOST", "")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if ANDON_EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_HOST = ANDON_EMAIL_HOST or "localhost"
+EMAIL_PORT = env_int("ANDON_EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("ANDON_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_str("ANDON_EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("ANDON_EMAIL_USE_TLS", True)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("ANDON_EMAIL_FROM", "andon@localhost")
+ANDON_PUBLIC_URL = env_str("ANDON_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+ANDON_ACK_LINK_TTL_S = env_int("ANDON_ACK_LINK_TTL_S", 24 * 3600, minimum=60)

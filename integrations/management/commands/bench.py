@@ -15,7 +15,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from integrations.bench import correlate, ingest
+from integrations.bench import dashboards as dashboards_bench
 from integrations.bench import evaluate as evaluate_bench
+from integrations.bench import replay as replay_bench
 from integrations.bench.harness import BenchError, usage
 
 
@@ -54,10 +56,18 @@ class Command(BaseCommand):
         sub.add_argument("--reseed", action="store_true", help="seed again even if in place")
         sub.add_argument("--seed", type=int, default=chains.seed, help="workload seed")
         evaluate_bench.add_parser(benches)
+        replay_bench.add_parser(benches)
+        dashboards_bench.add_parser(benches)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["bench"] == "evaluate":
             evaluate_bench.command(options, self.stdout)
+            return
+        if options["bench"] == "replay":
+            replay_bench.command(options, self.stdout)
+            return
+        if options["bench"] == "dashboards":
+            dashboards_bench.command(options, self.stdout)
             return
         if options["bench"] == "correlate":
             self.correlate(options)
