@@ -16,6 +16,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 app = Celery("console")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# The rollup refresh lives beside the rollups it keeps, not in a tasks module.
+app.autodiscover_tasks(["integrations"], related_name="rollups")
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
@@ -35,6 +37,19 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "console.tasks.outbox_sweep",
             "schedule": 5.0,
             "options": {"expires": 5.0},
+        },
+        # Pushes ingest rates and connector health to open pages (console.live, registered
+        # when monitors.tasks imports it through monitors.evaluate).
+        "live-health": {
+            "task": "console.live.publish_health",
+            "schedule": 5.0,
+            "options": {"expires": 5.0},
+        },
+        # Keeps the per-minute connector rollups of the dashboards current (integrations.rollups).
+        "refresh-rollups": {
+            "task": "integrations.rollups.refresh",
+            "schedule": 15.0,
+            "options": {"expires": 15.0},
         },
     }
 

@@ -55,6 +55,7 @@ from django.db.models import (
 )
 from django.utils import timezone
 
+from console import live
 from integrations.ingest.bulk import copy_rows
 from integrations.models import Event, Message, MessageStatus, Span
 from monitors.keys import Landscape, OneOf, keyed_events
@@ -193,6 +194,8 @@ def evaluate(now: datetime | None = None, rules: Iterable[Rule] | None = None) -
     for rule in selected:
         report.rules.append(evaluate_rule(rule, now, landscape))
     report.seconds = time.perf_counter() - started
+    # Open pages hear of the alerts this pass changed (after commit; never raises).
+    live.publish_pass(report, selected)
     return report
 
 

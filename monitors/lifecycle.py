@@ -11,6 +11,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from console import live
 from monitors.models import Alert, AlertState, AlertTransition, Resolution
 
 
@@ -48,6 +49,7 @@ def acknowledge(alert_id: int, actor: str, comment: str = "", now: datetime | No
         update_fields=["state", "acknowledged_at", "acknowledged_by", "ack_comment", "updated_at"]
     )
     record(alert, AlertState.ACKNOWLEDGED, now, actor, comment)
+    live.publish_alerts([alert])  # sent once this transaction commits
     return alert
 
 
@@ -66,4 +68,5 @@ def resolve_manually(
     alert.resolved_by = actor[:150]
     alert.save(update_fields=["state", "resolution", "resolved_at", "resolved_by", "updated_at"])
     record(alert, AlertState.RESOLVED, now, actor, comment or "resolved by hand")
+    live.publish_alerts([alert])  # sent once this transaction commits
     return alert
