@@ -251,3 +251,40 @@ def test_a_replay_page_and_a_dashboard_hear_their_streams_as_dom_events(
     assert page.locator("#job span[data-live-field=delivered]").inner_text() == "7"
     assert page.locator("#job span[data-live-field=total]").inner_text() == "10"
     assert page.evaluate("document.querySelector('#job progress').value") == 7
+
+
+def test_the_plant_dashboard_shows_an_alert_raised_through_ingest_without_a_reload(
+    page, asgi_server, landscape, ingest_token
+):
+    make_rule(QUALITY_HOLD)
+    make_user("olga", "operator", [landscape["p1"]])
+
+    browser_login(page, asgi_server, "olga")
+    page.goto(f"{asgi_server}/dashboards/plant/p1/")
+    page.wait_for_selector("html[data-live-state=open]")
+    figure = page.locator("[data-tile=alerts] [data-figure-value]")
+    assert figure.inner_text().startswith("0")
+    page.evaluate("() => { window.pageIdentity = 'the same page'; }")
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+
+    answer = requests.post(
+        f"{asgi_server}/api/v1/events",
+        json=[hold("/mes/p1", "HOLD-D1", "d-1")],
+        headers={
+            "Authorization": f"Bearer {ingest_token}",
+            "Content-Type": "application/cloudevents-batch+json",
+        },
+        timeout=10,
+    )
+    assert answer.status_code == 202, answer.text
+    assert evaluation_pass().fired == 1
+
+    page.wait_for_function(
+        "() => document.querySelector('[data-tile=alerts] [data-figure-value]')"
+        ".innerText.trim().startsWith('1')",
+        timeout=15_000,
+    )
+    assert page.evaluate("window.pageIdentity") == "the same page"
+    assert navigations == []
+    screenshot(page, "live_dashboard")

@@ -669,7 +669,11 @@ def severity_figure(counts: SeverityCounts) -> dict[str, Any]:
             barmode="stack",
             showlegend=True,
             xaxis=_axis(),
-            yaxis=_axis(rangemode="tozero", tickformat=",d", title={"text": "open alerts"}),
+            yaxis=_count_axis(
+                [counts.firing[s] + counts.acknowledged[s] for s in SEVERITIES],
+                tickformat=",d",
+                title={"text": "open alerts"},
+            ),
         ),
     }
 
@@ -738,7 +742,11 @@ def timeline_figure(timeline: Timeline) -> dict[str, Any]:
             barmode="stack",
             bargap=0.15,
             xaxis=_axis(type="date", tickformat="%H:%M", title={"text": f"hour ({timeline.tz})"}),
-            yaxis=_axis(rangemode="tozero", tickformat=",d", title={"text": "alerts fired"}),
+            yaxis=_count_axis(
+                [sum(hour) for hour in zip(*(timeline.counts[s] for s in SEVERITIES), strict=True)],
+                tickformat=",d",
+                title={"text": "alerts fired"},
+            ),
         ),
     }
 
