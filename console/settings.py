@@ -110,6 +110,16 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
+# A request that queues work must not hang while Redis is down: the outbox keeps the work and
+# the sweep queues it again, so publishing fails fast instead of retrying for seconds.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "max_retries": 0,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+    "socket_connect_timeout": 2,
+}
 
 ANDON_EVALUATE_EVERY_S = env_int("ANDON_EVALUATE_EVERY_S", 15, minimum=1)
 
