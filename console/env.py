@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
+import time
+from pathlib import Path
 
 
 class ConfigError(RuntimeError):
@@ -47,3 +50,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw.strip() == "":
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def local_secret_key(path: Path) -> str:
+    """Return the key stored at ``path``, creating it (random, mode 0600) the first time.
+
+    Creation is exclusive, so processes starting together agree on one key.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            key = path.read_text(encoding="ascii").strip()
+            if key:
+                return key
+            time.sleep(0.02)  # another process is writing it right now
+        raise ConfigError(f"{path} is empty: delete it or set ANDON_SECRET_KEY") from None
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key)
+    return key

@@ -10,14 +10,16 @@ from pathlib import Path
 import dj_database_url
 import plotly
 
-from console.env import env_bool, env_int, env_list, env_str
+from console.env import env_bool, env_int, env_list, env_str, local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("ANDON_DEBUG", False)
 
-# A fixed development key is only acceptable on the embedded default; production must set one.
-SECRET_KEY = env_str("ANDON_SECRET_KEY", "andon-insecure-embedded-default-key-change-me")
+# No secret lives in the code: without ANDON_SECRET_KEY a random key is made once and kept in
+# a file beside the project (0600), shared by every process of this checkout. Several machines
+# must set ANDON_SECRET_KEY to one value.
+SECRET_KEY = env_str("ANDON_SECRET_KEY", "") or local_secret_key(BASE_DIR / ".andon-secret-key")
 
 ALLOWED_HOSTS = env_list("ANDON_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("ANDON_CSRF_TRUSTED_ORIGINS", [])
