@@ -39,9 +39,13 @@ from django.core.management import call_command
 from django.db import connection
 
 from integrations.bench.harness import (
+    copy_json,
+    copy_line,
+    copy_lines,
     ensure_database,
     require_bench_database,
     row_count,
+    seed_label,
     truncate_stores,
 )
 from integrations.bench.ingest import load_bench_landscape
@@ -53,7 +57,6 @@ OPERATOR_TOKEN_NAME = "bench-correlate-operator"
 EXPLORER_USER = "bench-correlate-operator"
 # Items per work order, by store.
 EVENTS_PER_ORDER, SPANS_PER_ORDER, MESSAGES_PER_ORDER = 4, 4, 2
-COPY_CHUNK = 20_000
 
 
 @dataclass
@@ -133,17 +136,11 @@ MESSAGE_COLUMNS = (
 ATTEMPT_COLUMNS = ("message_id", "at", "status", "latency_ms", "error", "received_at")
 KEYREF_COLUMNS = ("value", "name", "item_kind", "item_id", "at")
 
-NULL = "\\N"
 MATERIALS = ("MAT-10042", "MAT-10077", "MAT-20310", "MAT-31005", "MAT-40890")
 
 
 def _ts(moment: datetime) -> str:
     return moment.isoformat()
-
-
-def _json(value: object) -> str:
-    # COPY text format: a backslash must be doubled; the generated JSON holds no tab or newline.
-    return orjson.dumps(value).decode().replace("\\", "\\\\")
 
 
 def _bytea(value: bytes) -> str:
@@ -153,10 +150,6 @@ def _bytea(value: bytes) -> str:
 def _uuid(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
-
-
-def _line(values: tuple[Any, ...]) -> str:
-    return "\t".join(NULL if v is None else str(v) for v in values) + "\n"
 
 
 @dataclass
@@ -219,17 +212,17 @@ def generate(first: int, last: int, land: Landscape, start: datetime, seed: int)
                 extensions["traceparent"] = f"00-{trace_id}-{parent}-01"
             event_pk = base + k + 1
             out.events.append(
-                _line(
+                copy_line(
                     (
                         event_pk, source, ids[k], kind, "1.0", subject, _ts(moment), _ts(moment),
                         _ts(moment + timedelta(milliseconds=40)), "application/json", "",
-                        _json(data), "", _json(extensions), "", cause, trace_id, parent,
-                        _json(keys), systems[system], plant_id,
+                        copy_json(data), "", copy_json(extensions), "", cause, trace_id, parent,
+                        copy_json(keys), systems[system], plant_id,
                     )
                 )
             )  # fmt: skip
             if keys:
-                out.keyrefs.append(_line((lot, "lot", "e", event_pk, _ts(moment))))
+                out.keyrefs.append(copy_line((lot, "lot", "e", event_pk, _ts(moment))))
 
         # Spans of trace T-n: ERP release -> ERP client call -> MES server -> MES lot production.
         base = (n - 1) * SPANS_PER_ORDER
@@ -246,19 +239,20 @@ def generate(first: int, last: int, land: Landscape, start: datetime, seed: int)
             keys = {"workorder": wo, **({"lot": lot} if extra else {})}
             span_pk = base + k + 1
             out.spans.append(
-                _line(
+                copy_line(
                     (
                         span_pk, trace, span_ids[k], parent, name, kind, service, _ts(moment),
                         _ts(moment + timedelta(milliseconds=duration)), float(duration),
                         2 if failed else 1, "upstream answered 503" if failed else "",
-                        _json(attributes), "[]", _json({"service.name": service}), "andon.bench",
-                        wo, _json(keys), _ts(moment + timedelta(seconds=1)), systems[service],
+                        copy_json(attributes), "[]", copy_json({"service.name": service}),
+                        "andon.bench",
+                        wo, copy_json(keys), _ts(moment + timedelta(seconds=1)), systems[service],
                         plant_id,
                     )
                 )
             )  # fmt: skip
             if extra:
-                out.keyrefs.append(_line((lot, "lot", "s", span_pk, _ts(moment))))
+                out.keyrefs.append(copy_line((lot, "lot", "s", span_pk, _ts(moment))))
 
         # Messages: the order to MES, the shipment to TMS; each with its attempts.
         base = (n - 1) * MESSAGES_PER_ORDER
@@ -280,12 +274,12 @@ def generate(first: int, last: int, land: Landscape, start: datetime, seed: int)
             error = "" if status == "delivered" else "target answered 503"
             last = moment + timedelta(seconds=30 * (len(attempts) - 1))
             out.messages.append(
-                _line(
+                copy_line(
                     (
                         message_pk, connectors[connector], external, status, _ts(moment),
-                        _ts(last), _ts(last + timedelta(milliseconds=30)), corr, _json(keys),
+                        _ts(last), _ts(last + timedelta(milliseconds=30)), corr, copy_json(keys),
                         latency if status == "delivered" else None, error,
-                        _json({"content-type": "application/json"}), "application/json",
+                        copy_json({"content-type": "application/json"}), "application/json",
                         _bytea(orjson.dumps(body)), len(attempts), plant_id,
                     )
                 )
@@ -293,7 +287,7 @@ def generate(first: int, last: int, land: Landscape, start: datetime, seed: int)
             for index, attempt in enumerate(attempts):
                 at = moment + timedelta(seconds=30 * index)
                 out.attempts.append(
-                    _line(
+                    copy_line(
                         (
                             message_pk, _ts(at), attempt,
                             latency if attempt == "delivered" else None,
@@ -303,18 +297,8 @@ def generate(first: int, last: int, land: Landscape, start: datetime, seed: int)
                     )
                 )  # fmt: skip
             for name, value in keys.items():
-                out.keyrefs.append(_line((value, name, "m", message_pk, _ts(moment))))
+                out.keyrefs.append(copy_line((value, name, "m", message_pk, _ts(moment))))
     return out
-
-
-def _copy(table: str, columns: tuple[str, ...], lines: list[str]) -> None:
-    cols = ", ".join(connection.ops.quote_name(c) for c in columns)
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(
-            f"COPY {connection.ops.quote_name(table)} ({cols}) FROM STDIN"
-        ) as copy:
-            for start in range(0, len(lines), COPY_CHUNK):
-                copy.write("".join(lines[start : start + COPY_CHUNK]))
 
 
 def _tables() -> dict[str, str]:
@@ -341,9 +325,7 @@ def seeded(options: CorrelateOptions) -> bool:
     """Return whether the seed of these options is already in place (label and row counts)."""
     from integrations.models import Event, Message, Span
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT obj_description(%s::regclass, 'pg_class')", [Event._meta.db_table])
-        label = cursor.fetchone()[0]
+    label = seed_label(Event._meta.db_table)
     n = options.work_orders
     return (
         label == signature(options)
@@ -372,7 +354,7 @@ def seed(options: CorrelateOptions, land: Landscape, start: datetime, out: TextI
         last = min(first + step - 1, options.work_orders)
         chains = generate(first, last, land, start, options.seed)
         for store, cols in columns.items():
-            _copy(tables[store], cols, getattr(chains, store))
+            copy_lines(tables[store], cols, getattr(chains, store))
         if last % 100_000 == 0 or last == options.work_orders:
             out.write(
                 f"seeded {last:,} of {options.work_orders:,} work orders "

@@ -36,7 +36,12 @@ from typing import Any, TextIO
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from integrations.bench.harness import ensure_database, require_bench_database, row_count
+from integrations.bench.harness import (
+    ensure_database,
+    require_bench_database,
+    row_count,
+    seed_label,
+)
 from integrations.ingest.bulk import copy_rows
 
 P95_TARGET_MS = 150.0
@@ -687,9 +692,7 @@ def seeded(options: DashboardsOptions) -> bool:
     from integrations.models import Event, Message
     from monitors.models import Alert
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT obj_description(%s::regclass, 'pg_class')", [_tables()["messages"]])
-        label = cursor.fetchone()[0]
+    label = seed_label(_tables()["messages"])
     return (
         label == signature(options)
         and row_count(Message) == options.messages

@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-import orjson
 from django.core.management import call_command
 from django.db import connection
 
 from integrations.bench.harness import (
+    copy_json,
+    copy_line,
+    copy_lines,
     ensure_database,
     require_bench_database,
     row_count,
+    seed_label,
     truncate_stores,
 )
 from integrations.bench.ingest import load_bench_landscape
@@ -49,7 +52,6 @@ MAIN_RULE = "wo-not-acknowledged"
 # The week the seed covers; the bench's clock stands at its end.
 START = datetime(2026, 5, 4, tzinfo=UTC)
 END = START + timedelta(days=7)
-COPY_CHUNK = 20_000
 
 EVENT_COLUMNS = (
     "source", "event_id", "type", "specversion", "subject", "time", "occurred_at",
@@ -205,15 +207,6 @@ def _ts(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def _json(value: object) -> str:
-    # COPY text format doubles backslashes; the generated JSON holds no tab or newline.
-    return orjson.dumps(value).decode().replace("\\", "\\\\")
-
-
-def _line(values: tuple[Any, ...]) -> str:
-    return "\t".join("\\N" if v is None else str(v) for v in values) + "\n"
-
-
 @dataclass
 class Seed:
     """The seed as COPY lines, built by :func:`generate`."""
@@ -244,11 +237,11 @@ class _Events:
         self.count += 1
         source = "/" + system.replace("-", "/")  # mes-p1 sends as /mes/p1
         self.out.append(
-            _line(
+            copy_line(
                 (
                     source, f"e{self.count}", type_, "1.0", subject, _ts(at), _ts(at),
                     _ts(at + timedelta(milliseconds=300)), "application/json", "",
-                    "\\N" if data is None else _json(data), "", "{}", "", "", "", "", "{}",
+                    "\\N" if data is None else copy_json(data), "", "{}", "", "", "", "", "{}",
                     self.ids.systems[system],
                     self.ids.plants[plant] if plant else self.ids.plant_of_system[system],
                 )
@@ -293,11 +286,11 @@ def generate(options: EvaluateOptions, ids: Ids) -> Seed:
         latency = rng.randrange(150, 2600)
         connector = ids.connectors[f"erp-to-mes-{plant}-orders"]
         seed.messages.append(
-            _line(
+            copy_line(
                 (
                     connector, f"ORD-{wo}", status, _ts(released),
                     _ts(released + timedelta(milliseconds=latency)),
-                    _ts(released + timedelta(seconds=1)), wo, _json({"workorder": wo}),
+                    _ts(released + timedelta(seconds=1)), wo, copy_json({"workorder": wo}),
                     latency, "" if status == "delivered" else "target answered 503", "{}",
                     "application/json", 1, ids.plants[plant],
                 )
@@ -367,20 +360,8 @@ def seeded(options: EvaluateOptions) -> bool:
     """Return whether this seed is in place (its label and the event count)."""
     from integrations.models import Event
 
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT obj_description(%s::regclass, 'pg_class')", [Event._meta.db_table])
-        label = cursor.fetchone()[0]
+    label = seed_label(Event._meta.db_table)
     return label == signature(options) and row_count(Event) == options.events
-
-
-def _copy(table: str, columns: tuple[str, ...], lines: list[str]) -> None:
-    cols = ", ".join(connection.ops.quote_name(c) for c in columns)
-    with connection.cursor() as cursor:
-        with cursor.cursor.copy(
-            f"COPY {connection.ops.quote_name(table)} ({cols}) FROM STDIN"
-        ) as copy:
-            for start in range(0, len(lines), COPY_CHUNK):
-                copy.write("".join(lines[start : start + COPY_CHUNK]))
 
 
 def seed_stores(options: EvaluateOptions, ids: Ids, out: TextIO) -> None:
@@ -396,8 +377,8 @@ def seed_stores(options: EvaluateOptions, ids: Ids, out: TextIO) -> None:
     truncate_stores()
     event_table, message_table = Event._meta.db_table, Message._meta.db_table
     started = time.perf_counter()
-    _copy(event_table, EVENT_COLUMNS, data.events)
-    _copy(message_table, MESSAGE_COLUMNS, data.messages)
+    copy_lines(event_table, EVENT_COLUMNS, data.events)
+    copy_lines(message_table, MESSAGE_COLUMNS, data.messages)
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {event_table}")
         cursor.execute(f"ANALYZE {message_table}")

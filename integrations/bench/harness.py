@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from django.conf import settings
 from django.db import connection, connections, models, transaction
 
@@ -137,6 +138,39 @@ def copy_baseline(
 
 
 # --- The server ---------------------------------------------------------------------------
+
+
+# --- Seeding with COPY (text format) -----------------------------------------------------------
+
+COPY_NULL = "\\N"
+COPY_CHUNK = 20_000
+
+
+def copy_json(value: object) -> str:
+    """Return JSON for a COPY text line (backslashes doubled; the seeds hold no tab or newline)."""
+    return orjson.dumps(value).decode().replace("\\", "\\\\")
+
+
+def copy_line(values: tuple[Any, ...]) -> str:
+    """Return one COPY text line; None becomes NULL."""
+    return "\t".join(COPY_NULL if v is None else str(v) for v in values) + "\n"
+
+
+def copy_lines(table: str, columns: Sequence[str], lines: list[str]) -> None:
+    """COPY prepared text lines into ``table`` in chunks."""
+    qn = connection.ops.quote_name
+    cols = ", ".join(qn(c) for c in columns)
+    with connection.cursor() as cursor:
+        with cursor.cursor.copy(f"COPY {qn(table)} ({cols}) FROM STDIN") as copy:
+            for start in range(0, len(lines), COPY_CHUNK):
+                copy.write("".join(lines[start : start + COPY_CHUNK]))
+
+
+def seed_label(table: str) -> str | None:
+    """Return the label a bench left on ``table`` (its comment), telling which seed is there."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT obj_description(%s::regclass, 'pg_class')", [table])
+        return cursor.fetchone()[0]
 
 
 def free_port() -> int:
